@@ -10,7 +10,7 @@ import numpy as np
 from snnlm.errors import SnnlmError, cli_main
 from snnlm.gpt2 import ANNDecoder
 from snnlm.sampling import next_token
-from snnlm.tokenizer import load_tokenizer
+from snnlm.tokenizer import tokenizer_for_weights
 from snnlm.weights import DEFAULT_WEIGHTS_DIR, GPT2Model, load_gpt2
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     prompt = _read_prompt(args.prompt)
     model = load_gpt2(args.weights)
-    tokenizer = load_tokenizer(args.weights)
+    tokenizer = tokenizer_for_weights(args.weights)
     prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
     n_ctx = model.config.n_ctx
     if len(prompt_ids) >= n_ctx:

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-_GELU_C = math.sqrt(2.0 / math.pi)
+from snnlm.kernels.crossentropy import crossentropy_grad_inplace, logsumexp
+from snnlm.kernels.gelu import gelu, gelu_grad
 
 
 def embedding_forward(wte: np.ndarray, wpe: np.ndarray, ids: np.ndarray, pos0: int = 0):
@@ -72,15 +73,12 @@ def linear_backward(dout: np.ndarray, cache):
 
 def gelu_forward(x: np.ndarray):
     """GELU, tanh form (GPT-2's `gelu_new`). Elementwise."""
-    return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x**3))), x
+    return gelu(x), x
 
 
 def gelu_backward(dout: np.ndarray, cache):
     """Elementwise derivative of the tanh-form GELU."""
-    x = cache
-    t = np.tanh(_GELU_C * (x + 0.044715 * x**3))
-    dt = _GELU_C * (1.0 + 3 * 0.044715 * x * x) * (1.0 - t * t)
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * dt)
+    return gelu_grad(dout, cache)
 
 
 def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
@@ -133,23 +131,20 @@ def attention_backward(dout: np.ndarray, cache):
 
 
 def crossentropy_forward(logits: np.ndarray, targets: np.ndarray):
-    """Mean cross-entropy. logits (..., V), targets (...) int -> scalar loss."""
-    V = logits.shape[-1]
-    flat = logits.reshape(-1, V)
-    shifted = flat - flat.max(axis=-1, keepdims=True)
-    probs = np.exp(shifted)
-    total = probs.sum(axis=-1, keepdims=True)
-    rows = np.arange(flat.shape[0])
-    t = targets.reshape(-1)
-    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, t]))
-    probs /= total
-    return loss, (probs, t, logits.shape)
+    """Mean cross-entropy. logits (..., V), targets (...) int -> scalar loss.
+
+    The cache holds the logits themselves: `crossentropy_backward` turns them into the gradient
+    in place, so a caller must not reuse them after the backward.
+    """
+    flat = np.ascontiguousarray(logits.reshape(-1, logits.shape[-1]))
+    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
+    lse = logsumexp(flat)
+    loss = float(np.mean(lse - flat[np.arange(t.shape[0]), t]))
+    return loss, (flat, lse, t, logits.shape)
 
 
 def crossentropy_backward(dloss: float, cache):
     """Gradient of the mean cross-entropy with respect to the logits: (..., V)."""
-    probs, t, shape = cache
-    dlogits = probs
-    dlogits[np.arange(t.shape[0]), t] -= 1.0
-    dlogits *= dloss / t.shape[0]
-    return dlogits.reshape(shape)
+    flat, lse, t, shape = cache
+    crossentropy_grad_inplace(flat, lse, t, dloss / t.shape[0])
+    return flat.reshape(shape)

@@ -104,6 +104,20 @@ def load_tokenizer(directory: str | Path) -> GPT2Tokenizer:
     raise SnnlmError(f"{directory} holds no tokenizer files; expected {EXPECTED_FILES}")
 
 
+def tokenizer_for_weights(weights_dir: str | Path) -> GPT2Tokenizer:
+    """The tokenizer stored beside a checkpoint, else the embedded GPT-2 one.
+
+    Every GPT-2 size shares one vocabulary, so a weights directory without tokenizer files (a
+    bare `model.safetensors` + `config.json`) still gets the right tokenizer.
+    """
+    from snnlm.weights import DEFAULT_WEIGHTS_DIR
+
+    weights_dir = Path(weights_dir)
+    has_own = (weights_dir / "tokenizer.json").is_file() or any(
+        (weights_dir / v).is_file() and (weights_dir / m).is_file() for v, m in VOCAB_AND_MERGES_FILE_NAMES)
+    return load_tokenizer(weights_dir if has_own else DEFAULT_WEIGHTS_DIR)
+
+
 def read_tokenizer_json(path: Path) -> Tokenizer:
     """A `tokenizers` Tokenizer from a Hugging Face tokenizer.json file."""
     try:
