@@ -68,8 +68,9 @@ def hidden_states(params: dict, config: GPT2Config, ids: np.ndarray, cache: KVCa
     they are the whole sequence.
     """
     pos0 = cache.length if cache is not None else 0
-    if pos0 + len(ids) > config.n_ctx:
-        raise ValueError(f"sequence of {pos0 + len(ids)} tokens exceeds the context window of {config.n_ctx}")
+    capacity = cache.k.shape[2] if cache is not None else config.n_ctx
+    if pos0 + len(ids) > min(capacity, config.n_ctx):
+        raise ValueError(f"sequence of {pos0 + len(ids)} tokens exceeds the context window of {min(capacity, config.n_ctx)}")
     eps = config.layer_norm_epsilon
     x = params["wte"][ids] + params["wpe"][pos0:pos0 + len(ids)]  # (N, d)
     for i, block in enumerate(params["blocks"]):

@@ -56,11 +56,13 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise SnnlmError(f"{path}: tensor {key!r} has a malformed header entry") from None
-        n = int(np.prod(shape, dtype=np.int64))
-        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES.get(dtype, np.uint8)).itemsize
+        if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
+            raise SnnlmError(f"{path}: tensor {key!r} has a malformed header entry (shape {shape}, offsets {begin}, {end})")
         if dtype != "BF16" and dtype not in _NUMPY_DTYPES:
             raise SnnlmError(f"{path}: tensor {key!r} has dtype {dtype}, which snnlm cannot read")
-        if end - begin != n * itemsize or begin < 0:
+        n = int(np.prod(shape, dtype=np.int64))
+        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+        if end - begin != n * itemsize:
             raise SnnlmError(f"{path}: tensor {key!r} of shape {shape} and dtype {dtype} needs {n * itemsize} bytes, header gives {end - begin}")
         if data_start + end > size:
             raise SnnlmError(f"{path}: truncated: tensor {key!r} ends at byte {data_start + end}, the file has {size} bytes")

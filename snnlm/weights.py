@@ -90,6 +90,7 @@ def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def config_from_tensors(tensors: dict[str, np.ndarray], hf: dict, path: Path) -> GPT2Config:
     """Derive the config from tensor shapes, taking from `config.json` (`hf`) what shapes cannot tell."""
     tensors = _strip_prefix(tensors)
+    _check_hf_config_types(hf, path)
     for key in ("wte.weight", "wpe.weight"):
         if key not in tensors:
             raise SnnlmError(f"{path}: missing tensor {key!r}")
@@ -98,9 +99,9 @@ def config_from_tensors(tensors: dict[str, np.ndarray], hf: dict, path: Path) ->
     n_vocab, d = tensors["wte.weight"].shape
     n_ctx = tensors["wpe.weight"].shape[0]
     layers = sorted({int(m.group(1)) for k in tensors if (m := re.match(r"h\.(\d+)\.", k))})
-    if layers != list(range(len(layers))):
-        missing = sorted(set(range(max(layers, default=-1) + 1)) - set(layers))
-        raise SnnlmError(f"{path}: inconsistent layer count: found blocks {layers[:3]}...{layers[-1:]} but no block {missing[0]}")
+    missing = next((i for i, layer in enumerate(layers) if layer != i), None)
+    if missing is not None:
+        raise SnnlmError(f"{path}: inconsistent layer count: the file has blocks up to h.{layers[-1]} but no h.{missing}")
     n_layer = len(layers)
     if "n_layer" in hf and hf["n_layer"] != n_layer:
         raise SnnlmError(f"{path}: inconsistent layer count: config.json says n_layer={hf['n_layer']}, the file has {n_layer} blocks")
@@ -108,11 +109,23 @@ def config_from_tensors(tensors: dict[str, np.ndarray], hf: dict, path: Path) ->
         if name in hf and hf[name] != found:
             raise SnnlmError(f"{path}: config.json says {name}={hf[name]}, the tensors say {found}")
     # n_head cannot be read from shapes; every released GPT-2 uses 64-wide heads.
-    n_head = int(hf.get("n_head", max(1, d // 64)))
-    if n_head <= 0 or d % n_head:
+    n_head = hf.get("n_head", max(1, d // 64))
+    if d % n_head:
         raise SnnlmError(f"{path}: n_embd={d} is not divisible by n_head={n_head}")
     eps = float(hf.get("layer_norm_epsilon", 1e-5))
     return GPT2Config(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=d, n_head=n_head, n_layer=n_layer, layer_norm_epsilon=eps)
+
+
+def _check_hf_config_types(hf, path: Path) -> None:
+    config_path = path.parent / CONFIG_FILE
+    if not isinstance(hf, dict):
+        raise SnnlmError(f"{config_path}: expected a JSON object, found {type(hf).__name__}")
+    for name in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions"):
+        if name in hf and (not isinstance(hf[name], int) or isinstance(hf[name], bool) or hf[name] <= 0):
+            raise SnnlmError(f"{config_path}: {name} must be a positive integer, found {hf[name]!r}")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise SnnlmError(f"{config_path}: layer_norm_epsilon must be a small positive number, found {eps!r}")
 
 
 def params_from_tensors(tensors: dict[str, np.ndarray], config: GPT2Config, path: Path) -> dict:

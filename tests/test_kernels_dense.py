@@ -5,13 +5,13 @@ import pytest
 from snnlm.kernels.crossentropy import (
     crossentropy_grad_inplace, crossentropy_grad_numpy, logsumexp, logsumexp_numpy,
 )
-from snnlm.kernels.gelu import gelu, gelu_grad, gelu_grad_numpy, gelu_numpy
+from snnlm.kernels.gelu import PARALLEL_MIN_SIZE, gelu, gelu_grad, gelu_grad_numpy, gelu_numpy
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
 def test_gelu_kernels_match_numpy(dtype, tol):
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(3, 5, 7)) * 4).astype(dtype)
+    x = (rng.normal(size=(3, 5, PARALLEL_MIN_SIZE // 8)) * 4).astype(dtype)
     dout = rng.normal(size=x.shape).astype(dtype)
     np.testing.assert_allclose(gelu(x), gelu_numpy(x), rtol=tol, atol=tol)
     np.testing.assert_allclose(gelu_grad(dout, x), gelu_grad_numpy(dout, x), rtol=tol, atol=tol)

@@ -12,6 +12,9 @@ import numpy as np
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
+# Below this many elements (one decode step's hidden layer is 4d), waking the thread pool costs
+# more than the arithmetic, so the NumPy reference runs instead.
+PARALLEL_MIN_SIZE = 1 << 16
 
 
 def gelu_numpy(x: np.ndarray) -> np.ndarray:
@@ -44,6 +47,8 @@ def _gelu_grad_flat(dout, x, out):
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU of x (any shape), same dtype."""
+    if x.size < PARALLEL_MIN_SIZE:
+        return gelu_numpy(x)
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     _gelu_flat(x.reshape(-1), out.reshape(-1))
@@ -52,6 +57,8 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 def gelu_grad(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     """dout * GELU'(x), both of the same shape and dtype."""
+    if x.size < PARALLEL_MIN_SIZE:
+        return gelu_grad_numpy(dout, x)
     x = np.ascontiguousarray(x)
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     out = np.empty_like(x)
