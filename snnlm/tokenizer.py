@@ -36,7 +36,8 @@ class GPT2Tokenizer:
     """Text <-> GPT-2 token ids. `<|endoftext|>` in text is the single special token `eot_id`."""
 
     def __init__(self, tokenizer: Tokenizer, source: Path):
-        self._tokenizer = tokenizer
+        self.backend = tokenizer
+        """The underlying `tokenizers.Tokenizer`, for fast batch encoding of large texts."""
         self.source = source
         self.n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
         eot_id = tokenizer.token_to_id(EOT_TOKEN)
@@ -46,16 +47,16 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, shape (N,)."""
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids, shape (N,); bytes that are not valid UTF-8 become U+FFFD."""
         checked_ids = [self._checked_id(token_id) for token_id in ids]
-        return self._tokenizer.decode(checked_ids, skip_special_tokens=False)
+        return self.backend.decode(checked_ids, skip_special_tokens=False)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes that one token stands for; may be part of a multi-byte UTF-8 character."""
-        token = self._tokenizer.id_to_token(self._checked_id(token_id))
+        token = self.backend.id_to_token(self._checked_id(token_id))
         return bytes(UNICODE_TO_BYTE[char] for char in token)
 
     def stream_decoder(self) -> StreamDecoder:
