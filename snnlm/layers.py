@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 
-from snnlm.kernels.crossentropy import crossentropy_grad_inplace, logsumexp
 from snnlm.kernels.gelu import gelu, gelu_grad
 
 
@@ -55,7 +54,8 @@ def layernorm_backward(dout: np.ndarray, cache):
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
     """x (..., n_in) @ w (n_in, n_out) + b (n_out,) -> (..., n_out). HF's Conv1D layout: w is (in, out)."""
-    out = x @ w
+    # BLAS sees one 2-D product; a 3-D matmul was measured up to 2x slower.
+    out = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[1])
     if b is not None:
         out += b
     return out, (x, w, b is not None)
@@ -68,7 +68,7 @@ def linear_backward(dout: np.ndarray, cache):
     dout2 = dout.reshape(-1, n_out)
     dw = x.reshape(-1, n_in).T @ dout2
     db = dout2.sum(axis=0) if has_bias else None
-    return dout @ w.T, dw, db
+    return (dout2 @ w.T).reshape(*dout.shape[:-1], n_in), dw, db
 
 
 def gelu_forward(x: np.ndarray):
@@ -133,18 +133,25 @@ def attention_backward(dout: np.ndarray, cache):
 def crossentropy_forward(logits: np.ndarray, targets: np.ndarray):
     """Mean cross-entropy. logits (..., V), targets (...) int -> scalar loss.
 
-    The cache holds the logits themselves: `crossentropy_backward` turns them into the gradient
-    in place, so a caller must not reuse them after the backward.
+    With 50257 classes a batch's logits are hundreds of MB, so they are turned into exp(logit - max)
+    in place and kept as the cache: a caller must not reuse the logits afterwards.
     """
-    flat = np.ascontiguousarray(logits.reshape(-1, logits.shape[-1]))
-    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
-    lse = logsumexp(flat)
-    loss = float(np.mean(lse - flat[np.arange(t.shape[0]), t]))
-    return loss, (flat, lse, t, logits.shape)
+    flat = logits.reshape(-1, logits.shape[-1])
+    t = targets.reshape(-1)
+    rows = np.arange(t.shape[0])
+    row_max = flat.max(axis=-1, keepdims=True)
+    target_logit = flat[rows, t] - row_max[:, 0]
+    np.subtract(flat, row_max, out=flat)
+    np.exp(flat, out=flat)
+    total = flat.sum(axis=-1, dtype=np.float64)
+    loss = float(np.mean(np.log(total) - target_logit))
+    return loss, (flat, total, t, logits.shape)
 
 
 def crossentropy_backward(dloss: float, cache):
-    """Gradient of the mean cross-entropy with respect to the logits: (..., V)."""
-    flat, lse, t, shape = cache
-    crossentropy_grad_inplace(flat, lse, t, dloss / t.shape[0])
-    return flat.reshape(shape)
+    """Gradient of the mean cross-entropy with respect to the logits: (..., V). Consumes the cache."""
+    exp_shifted, total, t, shape = cache
+    scale = dloss / t.shape[0]
+    exp_shifted *= (scale / total).astype(exp_shifted.dtype)[:, None]
+    exp_shifted[np.arange(t.shape[0]), t] -= scale
+    return exp_shifted.reshape(shape)
