@@ -9,6 +9,7 @@ import pytest
 from snnlm.generate import generate, main
 from snnlm.gpt2 import ANNDecoder
 from snnlm.sampling import next_token
+from snnlm.snn import convert, save_snn
 from snnlm.tokenizer import tokenizer_for_weights
 from snnlm.weights import load_gpt2
 
@@ -111,3 +112,47 @@ def test_sampling_filters():
     assert picks == {1, 2}
     picks = {next_token(logits, rng, temperature=1.0, top_p=0.3) for _ in range(50)}
     assert picks == {1}
+
+
+def test_snn_mode_converts_the_weights_and_streams_text(capsys):
+    code, out, err = run_cli(capsys, "--weights", str(TINY), "--mode", "snn", "--timesteps", "2",
+                             "--max-new-tokens", "5", "--temperature", "0", "Hello")
+    assert code == 0 and out.startswith("Hello") and len(out) > len("Hello\n")
+    assert "converting" in err and "T=2" in err
+
+
+def test_snn_checkpoint_runs_through_the_spiking_decoder(tmp_path, capsys):
+    tokenizer = tokenizer_for_weights(TINY)
+    calibration = np.asarray(tokenizer.encode("It was the best of times, it was the worst of times. " * 20))
+    snn = convert(load_gpt2(TINY), 3, calibration, progress=False)
+    path = save_snn(tmp_path / "snn.safetensors", snn)
+    code, out, err = run_cli(capsys, "--weights", str(TINY), "--snn", str(path), "--temperature", "0",
+                             "--max-new-tokens", "4", "Hello")
+    assert code == 0 and "converting" not in err
+    assert out == "Hello" + generate(snn, tokenizer, "Hello", max_new_tokens=4, temperature=0) + "\n"
+    code, _, err = run_cli(capsys, "--weights", str(TINY), "--snn", str(path), "--timesteps", "5",
+                           "--max-new-tokens", "1", "Hello")
+    assert code == 0 and "calibrated for T=3" in err
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: d / "missing.safetensors", "no such file"),
+    (lambda d: (d / "bad.safetensors").write_bytes(b"garbage!" * 10) and d / "bad.safetensors",
+     "not a safetensors file"),
+    (lambda d: TINY / "model.safetensors", "not an snnlm spiking checkpoint"),
+])
+def test_bad_snn_checkpoint_one_line_exit_2(tmp_path, capsys, make, needle):
+    code, out, err = run_cli(capsys, "--weights", str(TINY), "--snn", str(make(tmp_path)), "hi")
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--mode", "ann", "--snn", "x.safetensors"], "--snn"),
+    (["--timesteps", "4"], "--timesteps"),
+    (["--mode", "snn", "--timesteps", "0"], "--timesteps"),
+])
+def test_bad_snn_options_exit_2(capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        main(["--weights", str(TINY), *argv])
+    assert e.value.code == 2
+    assert needle in capsys.readouterr().err
