@@ -31,7 +31,7 @@ _CHUNK_CHARS = 1 << 16
 # 100k-character lines splits into many chunks for the parallel encoder. Python's \s covers every
 # character the tokenizer treats as whitespace (checked over the whole BMP), so this \S never claims
 # a boundary the tokenizer lacks.
-_SAFE_SPLIT = re.compile(r"(?<=\S)(?=[ \n]\S)")
+SAFE_SPLIT = re.compile(r"(?<=\S)(?=[ \n]\S)")
 
 
 def find_text_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -59,7 +59,7 @@ def encode_text(text: str, tokenizer: GPT2Tokenizer) -> np.ndarray:
     """GPT-2 tokens of `text`, shape (N,) uint16; equal to `tokenizer.encode(text)`, but on every core."""
     chunks, start = [], 0
     while start < len(text):
-        boundary = _SAFE_SPLIT.search(text, start + _CHUNK_CHARS) if start + _CHUNK_CHARS < len(text) else None
+        boundary = SAFE_SPLIT.search(text, start + _CHUNK_CHARS) if start + _CHUNK_CHARS < len(text) else None
         end = boundary.start() if boundary else len(text)
         chunks.append(text[start:end])
         start = end

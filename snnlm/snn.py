@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from snnlm.config import GPT2Config
-from snnlm.data import find_text_files
+from snnlm.data import SAFE_SPLIT, find_text_files
 from snnlm.errors import SnnlmError
 from snnlm.gpt2 import KVCache, cached_attention, layer_norm, lm_head, mlp
 from snnlm.neurons import MAX_BURST
@@ -36,9 +36,6 @@ from snnlm.weights import DEFAULT_WEIGHTS_DIR, GPT2Model, expected_shapes
 CHECKPOINT_FORMAT = "snnlm-spiking-gpt2"
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
 CALIBRATION_TOKENS = 4096
-# A lone space or newline between two non-space characters starts a new pre-token of GPT-2's split
-# regex (as in snnlm.data), so text cut just before one encodes to exactly the leading tokens of the whole.
-_SAFE_CUT = re.compile(r"(?<=\S)(?=[ \n]\S)")
 # Names of the leaves of the params dict in the Hugging Face checkpoint.
 _HF_LEAF_NAMES = {"g": "weight", "b": "bias", "w": "weight"}
 
@@ -121,7 +118,8 @@ def _leading_tokens(text: str, tokenizer: GPT2Tokenizer, n_tokens: int) -> list[
     """At least the first n_tokens tokens of `text` (all of them if it has fewer), encoding only a prefix."""
     size = 8 * max(n_tokens, 1)
     while True:
-        cut = _SAFE_CUT.search(text, size) if size < len(text) else None
+        # Text cut at a SAFE_SPLIT boundary encodes to exactly the leading tokens of the whole.
+        cut = SAFE_SPLIT.search(text, size) if size < len(text) else None
         ids = tokenizer.encode(text[:cut.start()] if cut else text)
         if cut is None or len(ids) >= n_tokens:
             return ids
@@ -232,7 +230,7 @@ class SNNDecoder:
 def _forward(snn: SpikingGPT2, ids: np.ndarray, decoder: SNNDecoder | None) -> tuple[np.ndarray, list[LayerStats]]:
     """ids (N,) -> final hidden states (N, d) after ln_f, and per-layer stats.
 
-    Without a decoder the ids are a whole sequence (parallel SSA core, stats of every spiking block);
+    Without a decoder the ids are a whole sequence (`ssa_forward`, stats of every spiking block);
     with one they continue its context (recurrent SSA core; SSA stats are then None).
     """
     config, params = snn.config, snn.params
@@ -417,10 +415,10 @@ def _spiking_block(kind, tensors: dict[str, np.ndarray], prefix: str, path: Path
 
 
 def _check_ssa(layer: SSAWeights, config: GPT2Config, prefix: str, path: Path) -> None:
-    d = config.n_embd
-    for name, shape in (("w_qkv_scaled", (d, 3 * d)), ("w_proj_scaled", (d, d))):
-        if getattr(layer, name).shape != shape:
-            raise SnnlmError(f"{path}: tensor {prefix + name!r} has shape {getattr(layer, name).shape}, "
-                             f"expected {shape}")
+    """The layer's width and heads against the config (`SSAWeights.from_tensors` checked the rest)."""
+    if layer.width != config.n_embd:
+        raise SnnlmError(f"{path}: tensor {prefix + 'theta_u'!r} has width {layer.width}, "
+                         f"the config says {config.n_embd}")
     if layer.n_head != config.n_head:
-        raise SnnlmError(f"{path}: tensor {prefix}theta_q has {layer.n_head} heads, the config says {config.n_head}")
+        raise SnnlmError(f"{path}: tensor {prefix + 'theta_q'!r} has {layer.n_head} heads, "
+                         f"the config says {config.n_head}")

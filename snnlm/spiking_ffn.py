@@ -19,23 +19,19 @@ B = 1 (ternary spikes) this is theta = q: the hidden threshold must cover the wh
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from snnlm.layers import gelu_forward
 from snnlm.neurons import MAX_BURST, decode, ec_if, ec_if_constant
-from snnlm.spike_linear import scale_weight, spike_linear, synaptic_ops
+from snnlm.spike_linear import (EVENTS_ONLY, read_block_integer, read_block_tensors, scale_weight, spike_linear,
+                                synaptic_ops)
 
 SPIKE_GROUPS = ("in", "hidden")
 CALIBRATION_METHODS = ("percentile", "mse")
 # Scales of the percentile threshold tried by the "mse" method, 2^(k/4) for k = -8..2, mostly below 1:
 # at small T, finer steps can gain more than clipping the rare large activations loses.
 MSE_SCALES = tuple(2.0 ** (k / 4) for k in range(-8, 3))
-# The forward pass always takes the event-driven spike matmul, whose sum for a token depends only on
-# that token's spikes: the dense BLAS path can round differently with the number of rows, so a prefill
-# and a token-by-token decode could differ and, near a threshold, spike differently.
-_EVENTS_ONLY = math.inf
 # A channel that never fires in the calibration data still needs a positive threshold.
 _MIN_THRESHOLD = 1e-6
 # The "mse" search runs the hidden neurons on chunks of calibration tokens whose (T, chunk, h)
@@ -76,25 +72,13 @@ class SpikingFFNWeights:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray], prefix: str) -> "SpikingFFNWeights":
-        """The inverse of `to_tensors`. Raises KeyError for a missing tensor, ValueError for a shape
-        or value that does not fit the others (naming the tensor)."""
-        arrays = {f.name: np.array(tensors[f"{prefix}{f.name}"], dtype=np.float32)
-                  for f in dataclasses.fields(cls) if f.name != "burst"}
-        burst = np.asarray(tensors[f"{prefix}burst"])
-        d, h = arrays["theta_in"].shape[0], arrays["theta_h"].shape[0]
-        expected = {"theta_in": (d,), "w_fc_scaled": (d, h), "b_fc": (h,), "theta_h": (h,),
-                    "w_proj_scaled": (h, d), "b_proj": (d,)}
-        for name, shape in expected.items():
-            if arrays[name].shape != shape:
-                raise ValueError(f"tensor {prefix + name!r} has shape {arrays[name].shape}, expected {shape}")
-            if not np.isfinite(arrays[name]).all():
-                raise ValueError(f"tensor {prefix + name!r} holds non-finite values")
-        for name in ("theta_in", "theta_h"):
-            if not (arrays[name] > 0).all():
-                raise ValueError(f"tensor {prefix + name!r} holds thresholds <= 0")
-        if burst.shape != (1,) or not 1 <= int(burst[0]) <= MAX_BURST:
-            raise ValueError(f"tensor {prefix + 'burst'!r} must hold one integer in [1, {MAX_BURST}], found {burst!r}")
-        return cls(**arrays, burst=int(burst[0]))
+        """The inverse of `to_tensors`. Raises KeyError for a missing tensor, ValueError naming a tensor
+        whose dtype, shape or values do not fit the others."""
+        d, h = np.size(tensors[f"{prefix}theta_in"]), np.size(tensors[f"{prefix}theta_h"])
+        shapes = {"theta_in": (d,), "w_fc_scaled": (d, h), "b_fc": (h,), "theta_h": (h,),
+                  "w_proj_scaled": (h, d), "b_proj": (d,)}
+        arrays = read_block_tensors(tensors, prefix, shapes, thresholds=("theta_in", "theta_h"))
+        return cls(**arrays, burst=read_block_integer(tensors, prefix, "burst", 1, MAX_BURST))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +107,7 @@ def _mean_over_time(current: np.ndarray) -> np.ndarray:
 def spiking_ffn_spikes(u: np.ndarray, layer: SpikingFFNWeights, timesteps: int) -> tuple[np.ndarray, np.ndarray]:
     """Encoder and hidden neurons. u (N, d) -> s_in (T, N, d), s_h (T, N, h) int8."""
     s_in = ec_if_constant(np.asarray(u, dtype=np.float32), timesteps, layer.theta_in, layer.burst)
-    current = spike_linear(s_in, layer.w_fc_scaled, layer.b_fc, crossover=_EVENTS_ONLY)
+    current = spike_linear(s_in, layer.w_fc_scaled, layer.b_fc, crossover=EVENTS_ONLY)
     s_h = ec_if(current, layer.theta_h, layer.burst, "gelu")
     return s_in, s_h
 
@@ -135,7 +119,7 @@ def spiking_ffn_forward(u: np.ndarray, layer: SpikingFFNWeights, timesteps: int)
     output depends only on its own u, bit for bit, whatever N.
     """
     s_in, s_h = spiking_ffn_spikes(u, layer, timesteps)
-    current = spike_linear(s_h, layer.w_proj_scaled, np.zeros_like(layer.b_proj), crossover=_EVENTS_ONLY)
+    current = spike_linear(s_h, layer.w_proj_scaled, np.zeros_like(layer.b_proj), crossover=EVENTS_ONLY)
     out = _mean_over_time(current) + layer.b_proj
     spikes = dict(zip(SPIKE_GROUPS, (s_in, s_h)))
     stats = SpikingFFNStats(

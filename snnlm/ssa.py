@@ -11,7 +11,8 @@ Per layer, for the input u = LN1(x) (N, d), H heads of width d_h and T timesteps
    tokens lives in the threshold, so the core needs no multiplication. Their spikes drive `c_proj`
    with synaptic weights theta_o W_proj; the block output is the mean current over T plus the bias.
 
-`ssa_forward` runs a whole sequence (parallel core); `ssa_step` continues one from an `SSAState`
+`ssa_forward` runs a whole sequence (the bit-packed parallel core, or for a long sequence the recurrent
+core fed every token at once, whichever is faster); `ssa_step` continues one from an `SSAState`
 (recurrent core, O(1) per token in the context length). Both give exactly the same numbers.
 """
 from __future__ import annotations
@@ -26,16 +27,18 @@ from snnlm.gpt2 import cached_attention
 from snnlm.kernels.ssa_core import causal_core, recurrent_step
 from snnlm.layers import attention_forward
 from snnlm.neurons import ec_if, ec_if_constant, lif
-from snnlm.spike_linear import scale_weight, spike_linear, synaptic_ops
+from snnlm.spike_linear import (EVENTS_ONLY, read_block_integer, read_block_tensors, scale_weight, spike_linear,
+                                synaptic_ops)
 
 SPIKE_GROUPS = ("u", "q", "k", "v", "o")
 # A channel that never fires in the calibration data still needs a positive threshold.
 _MIN_THRESHOLD = 1e-6
-# Always the event-driven spike matmul: its sum for a token depends only on that token's spikes. The
-# dense BLAS path, which `spike_linear` takes above a density crossover, sums in an order that can
-# change with the number of rows, so a prefill and a token-by-token decode could round differently
-# and, near a threshold, spike differently.
-_EVENTS_ONLY = math.inf
+# From this sequence length on, `ssa_forward` feeds the whole sequence to the recurrent core (the same
+# integers as the bit-packed one). The bit-packed core's cost grows as N^2, the recurrent one's as N.
+# Measured (H = 12, d_h = 64, T = 4, spikes of calibrated density, one thread, 2-core development
+# machine), bit-packed vs recurrent: N = 64: 0.8 vs 2.3 ms, N = 96: 1.6 vs 1.9 ms, N = 128: 2.6 vs 2.6 ms,
+# N = 256: 9.1 vs 4.9 ms; and by benchmarks/bench_ssa_core.py, N = 1024: 138 vs 18 ms (7.6x).
+RECURRENT_CORE_MIN_TOKENS = 128
 
 
 @dataclasses.dataclass
@@ -82,10 +85,18 @@ class SSAWeights:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray], prefix: str) -> "SSAWeights":
-        """The inverse of `to_tensors`; H is the length of theta_q."""
-        arrays = {f.name: np.array(tensors[f"{prefix}{f.name}"], dtype=np.float32)
-                  for f in dataclasses.fields(cls) if f.name not in ("n_head", "binary")}
-        return cls(**arrays, n_head=arrays["theta_q"].shape[0], binary=bool(tensors[f"{prefix}binary"][0]))
+        """The inverse of `to_tensors`; H is the length of theta_q. Raises KeyError for a missing tensor,
+        ValueError naming a tensor whose dtype, shape or values do not fit the others."""
+        d, n_head = np.size(tensors[f"{prefix}theta_u"]), np.size(tensors[f"{prefix}theta_q"])
+        if n_head < 1 or d % n_head:
+            raise ValueError(f"tensor {prefix + 'theta_q'!r} gives {n_head} heads, which do not divide the width {d}")
+        heads = (n_head,)
+        shapes = {"theta_u": (d,), "w_qkv_scaled": (d, 3 * d), "b_qkv": (3 * d,), "theta_q": heads,
+                  "theta_k": heads, "theta_v": heads, "alpha": heads, "theta_o": (d,), "w_proj_scaled": (d, d),
+                  "b_proj": (d,)}
+        arrays = read_block_tensors(tensors, prefix, shapes,
+                                    thresholds=("theta_u", "theta_q", "theta_k", "theta_v", "theta_o"))
+        return cls(**arrays, n_head=n_head, binary=bool(read_block_integer(tensors, prefix, "binary", 0, 1)))
 
 
 @dataclasses.dataclass
@@ -125,7 +136,7 @@ def encode_qkv(u: np.ndarray, layer: SSAWeights, timesteps: int) -> tuple[np.nda
     (LIF with beta = 1, reset by subtraction), so their rates code the positive part of the currents.
     """
     s_u = ec_if_constant(u, timesteps, layer.theta_u)
-    current = spike_linear(s_u, layer.w_qkv_scaled, layer.b_qkv, crossover=_EVENTS_ONLY)
+    current = spike_linear(s_u, layer.w_qkv_scaled, layer.b_qkv, crossover=EVENTS_ONLY)
     if layer.binary:
         return s_u, lif(current, beta=1.0, threshold=layer.qkv_thresholds(), reset_mechanism="subtract")
     return s_u, ec_if(current, layer.qkv_thresholds())
@@ -162,7 +173,7 @@ def _output_spikes(core_out: np.ndarray, layer: SSAWeights, first_position: int)
 
 def _project_output(s_o: np.ndarray, layer: SSAWeights) -> np.ndarray:
     """Spike-driven c_proj, decoded: (1/T) sum_t s_o[t] (theta_o W_proj), plus the bias once. (N, d)."""
-    current = spike_linear(s_o, layer.w_proj_scaled, np.zeros_like(layer.b_proj), crossover=_EVENTS_ONLY)
+    current = spike_linear(s_o, layer.w_proj_scaled, np.zeros_like(layer.b_proj), crossover=EVENTS_ONLY)
     total = current[0].copy()
     # A fixed left-to-right sum over t, so the result per token never depends on how many tokens share the call.
     for t in range(1, current.shape[0]):
@@ -179,6 +190,15 @@ def _attend(u: np.ndarray, layer: SSAWeights, timesteps: int, first_position: in
     return _project_output(s_o, layer), {"u": s_u, "q": s_q, "k": s_k, "v": s_v, "o": s_o}
 
 
+def sequence_core(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The causal core over whole sequences, by the faster kernel for their length (RECURRENT_CORE_MIN_TOKENS).
+    q, k, v (G, N, d_h) ternary int8 -> (G, N, d_h) int32."""
+    G, N, head_dim = q.shape
+    if N >= RECURRENT_CORE_MIN_TOKENS:
+        return recurrent_step(q, k, v, np.zeros((G, head_dim, head_dim), dtype=np.int32))
+    return causal_core(q, k, v)
+
+
 def _stats(spikes: dict[str, np.ndarray], layer: SSAWeights) -> SSAStats:
     nonzero = {name: np.count_nonzero(s, axis=-1) for name, s in spikes.items()}  # per (group, token)
     core_adds = nonzero["k"].astype(np.int64) * nonzero["v"] + nonzero["q"].astype(np.int64) * layer.head_dim
@@ -191,11 +211,11 @@ def _stats(spikes: dict[str, np.ndarray], layer: SSAWeights) -> SSAStats:
 
 
 def ssa_forward(u: np.ndarray, layer: SSAWeights, timesteps: int) -> tuple[np.ndarray, SSAStats]:
-    """The block over a whole sequence, parallel core. u (N, d) -> out (N, d) float32, stats.
+    """The block over a whole sequence, by `sequence_core`. u (N, d) -> out (N, d) float32, stats.
 
     `out` is the attention block's contribution; the caller adds it to the residual stream.
     """
-    out, spikes = _attend(u, layer, timesteps, 1, causal_core)
+    out, spikes = _attend(u, layer, timesteps, 1, sequence_core)
     return out, _stats(spikes, layer)
 
 
@@ -225,7 +245,7 @@ def _mean_core_current(u: np.ndarray, layer: SSAWeights, timesteps: int) -> np.n
     """The value each output neuron codes when alpha = 1: sum_t a_i[t] / (T i). u (N, d) -> (N, d) float64."""
     _, s_qkv = encode_qkv(u, layer, timesteps)
     s_q, s_k, s_v = (_to_groups(s, layer.n_head) for s in np.split(s_qkv, 3, axis=-1))
-    core_sum = _from_groups(causal_core(s_q, s_k, s_v), timesteps).sum(axis=0, dtype=np.int64)
+    core_sum = _from_groups(sequence_core(s_q, s_k, s_v), timesteps).sum(axis=0, dtype=np.int64)
     return core_sum / (timesteps * np.arange(1, u.shape[0] + 1, dtype=np.float64))[:, None]
 
 

@@ -48,7 +48,7 @@ def test_chunked_encoding_equals_whole_text_encoding(tokenizer, every_piece_its_
     tokens = encode_text(text, tokenizer)
     assert tokens.dtype == np.uint16
     assert tokens.tolist() == tokenizer.encode(text)
-    assert len(data._SAFE_SPLIT.findall(text)) > 10
+    assert len(data.SAFE_SPLIT.findall(text)) > 10
 
 
 @settings(max_examples=60, deadline=None)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snnlm.kernels import gelu as ann_gelu
+from snnlm.kernels import neurons as kernels
 from snnlm.kernels.neurons import (
     GELU,
     IDENTITY,
@@ -36,37 +37,55 @@ def _time_varying_current(rng):
     return (drift + rng.normal(0.0, 1.0, (T, M, C))).astype(np.float32)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("burst", [1, 2, 3])
 @pytest.mark.parametrize("code", [IDENTITY, GELU])
-def test_ec_if_kernel_matches_numpy_twin(rng, burst, code):
+def test_ec_if_kernel_matches_numpy_twin(rng, burst, code, parallel):
     current = _time_varying_current(rng)
     theta = _thresholds(rng)
-    spikes = ec_if_numba(current, theta, burst, code)
+    spikes = ec_if_numba(current, theta, burst, code, parallel)
     assert spikes.dtype == np.int8
     np.testing.assert_array_equal(spikes, ec_if_numpy(current, theta, burst, code))
     assert np.abs(spikes).max() == burst
     assert (spikes < 0).any() and (spikes > 0).any()
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("burst", [1, 2, 3])
 @pytest.mark.parametrize("code", [IDENTITY, GELU])
-def test_ec_if_constant_kernel_matches_twin_and_repeated_input(rng, burst, code):
+def test_ec_if_constant_kernel_matches_twin_and_repeated_input(rng, burst, code, parallel):
     x = rng.normal(0.0, 2.0, (M, C)).astype(np.float32)
     theta = _thresholds(rng)
-    spikes = ec_if_constant_numba(x, T, theta, burst, code)
+    spikes = ec_if_constant_numba(x, T, theta, burst, code, parallel)
     np.testing.assert_array_equal(spikes, ec_if_constant_numpy(x, T, theta, burst, code))
     repeated = np.ascontiguousarray(np.broadcast_to(x, (T, M, C)))
-    np.testing.assert_array_equal(spikes, ec_if_numba(repeated, theta, burst, code))
+    np.testing.assert_array_equal(spikes, ec_if_numba(repeated, theta, burst, code, not parallel))
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("reset_subtract", [True, False])
-def test_lif_kernel_matches_numpy_twin(rng, reset_subtract):
+def test_lif_kernel_matches_numpy_twin(rng, reset_subtract, parallel):
     current = rng.normal(0.3, 1.0, (T, M, C)).astype(np.float32)
     beta = rng.uniform(0.5, 1.0, C).astype(np.float32)
     theta = rng.uniform(0.5, 1.5, C).astype(np.float32)
-    spikes = lif_numba(current, beta, theta, reset_subtract)
+    spikes = lif_numba(current, beta, theta, reset_subtract, parallel)
     np.testing.assert_array_equal(spikes, lif_numpy(current, beta, theta, reset_subtract))
     assert set(np.unique(spikes)) == {0, 1}
+
+
+def test_only_calls_of_at_least_the_threshold_size_launch_in_parallel(rng, monkeypatch):
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_NEURON_STEPS", T * M * C)
+    launched = []
+    for name in ("_ec_if_parallel", "_ec_if_constant_parallel", "_lif_parallel"):
+        monkeypatch.setattr(kernels, name, lambda *args, name=name: launched.append(name))
+    theta = _thresholds(rng)
+    for rows in (M - 1, M):
+        current = _time_varying_current(rng)[:, :rows].copy()
+        ones = np.ones(C, np.float32)
+        ec_if_numba(current, theta, 1, GELU)
+        ec_if_constant_numba(current[0], T, theta, 1, GELU)
+        lif_numba(current, ones, ones, True)
+    assert launched == ["_ec_if_parallel", "_ec_if_constant_parallel", "_lif_parallel"]
 
 
 def test_tanh_and_gelu_of_the_neurons_match_numpy():

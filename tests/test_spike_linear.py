@@ -29,12 +29,30 @@ def _assert_close_to_twin(out, spikes, weight):
 def test_event_driven_and_dense_match_numpy_twin(rng, rows, density, values):
     spikes = _spikes(rng, rows, density, values)
     weight = rng.normal(0.0, 1.0, (K, M)).astype(np.float32)
-    events = sm.spike_matmul_events(spikes, weight)
+    events = sm.spike_matmul_events(spikes, weight, parallel=True)
     dense = sm.spike_matmul_dense(spikes, weight)
     assert events.dtype == dense.dtype == np.float32
     assert events.shape == dense.shape == (rows, M)
     _assert_close_to_twin(events, spikes, weight)
     _assert_close_to_twin(dense, spikes, weight)
+    # Each output element is summed in the same order on one core or many.
+    np.testing.assert_array_equal(sm.spike_matmul_events(spikes, weight, parallel=False), events)
+
+
+def test_only_stages_of_at_least_the_threshold_size_launch_in_parallel(rng, monkeypatch):
+    spikes = _spikes(rng, 4, 0.5)
+    weight = rng.normal(0.0, 1.0, (K, M)).astype(np.float32)
+    slots, accumulates = spikes.size, int(np.abs(spikes).sum()) * M
+    launched = []
+    for name in ("_events_parallel", "_accumulate_parallel"):
+        kernel = getattr(sm, name)
+        monkeypatch.setattr(sm, name, lambda *args, name=name, kernel=kernel: launched.append(name) or kernel(*args))
+    # Neither stage reaches its threshold, then the event listing only, then the sums only.
+    for min_slots, min_sums in ((slots + 1, accumulates + 1), (slots, accumulates + 1), (slots + 1, accumulates)):
+        monkeypatch.setattr(sm, "PARALLEL_MIN_SPIKES", min_slots)
+        monkeypatch.setattr(sm, "PARALLEL_MIN_ACCUMULATES", min_sums)
+        _assert_close_to_twin(sm.spike_matmul_events(spikes, weight), spikes, weight)
+    assert launched == ["_events_parallel", "_accumulate_parallel"]
 
 
 def test_event_driven_adds_a_burst_spike_s_times(rng):

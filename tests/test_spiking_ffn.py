@@ -127,8 +127,14 @@ def test_tensors_round_trip_and_bad_tensors_are_named(rng, block):
         SpikingFFNWeights.from_tensors({**tensors, "h.3.ffn.w_proj_scaled": layer.w_proj_scaled[:-1]}, "h.3.ffn.")
     with pytest.raises(ValueError, match="h.3.ffn.theta_h"):
         SpikingFFNWeights.from_tensors({**tensors, "h.3.ffn.theta_h": -layer.theta_h}, "h.3.ffn.")
+    with pytest.raises(ValueError, match="h.3.ffn.b_fc' holds non-finite"):
+        SpikingFFNWeights.from_tensors({**tensors, "h.3.ffn.b_fc": np.full_like(layer.b_fc, np.inf)}, "h.3.ffn.")
+    with pytest.raises(ValueError, match="h.3.ffn.theta_in' has dtype int64"):
+        SpikingFFNWeights.from_tensors({**tensors, "h.3.ffn.theta_in": np.ones(layer.width, np.int64)}, "h.3.ffn.")
     with pytest.raises(ValueError, match="burst"):
         SpikingFFNWeights.from_tensors({**tensors, "h.3.ffn.burst": np.array([0], np.int32)}, "h.3.ffn.")
+    with pytest.raises(ValueError, match="burst"):
+        SpikingFFNWeights.from_tensors({**tensors, "h.3.ffn.burst": np.array([2.0], np.float32)}, "h.3.ffn.")
     with pytest.raises(KeyError):
         SpikingFFNWeights.from_tensors({k: v for k, v in tensors.items() if not k.endswith("b_fc")}, "h.3.ffn.")
 

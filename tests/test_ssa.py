@@ -1,6 +1,7 @@
 """Spiking self-attention: integer core kernels, parallel == recurrent, causality, conversion from GPT-2."""
 import dataclasses
 import functools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -8,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snnlm.kernels.ssa_core import causal_core, causal_core_numpy, recurrent_step, recurrent_step_numpy
+from snnlm import ssa
 from snnlm.neurons import decode
-from snnlm.ssa import SSAState, SSAWeights, encode_qkv, relative_mse_vs_ann, ssa_forward, ssa_from_block, ssa_step
+from snnlm.ssa import (SSAState, SSAWeights, encode_qkv, relative_mse_vs_ann, sequence_core, ssa_forward,
+                       ssa_from_block, ssa_step)
 
 D, H, N = 16, 2, 12
 
@@ -60,6 +63,17 @@ def test_kernels_match_numpy_twins(head_dim, density, parallel, rng):
     np.testing.assert_array_equal(state, np.einsum("gnr,gnc->grc", k.astype(np.int32), v.astype(np.int32)))
 
 
+# RECURRENT_CORE_MIN_TOKENS that make `sequence_core` take the bit-packed or the recurrent kernel at N tokens.
+CORE_PATHS = {"packed": N + 1, "recurrent": 1}
+
+
+@pytest.mark.parametrize("min_tokens", CORE_PATHS.values(), ids=CORE_PATHS.keys())
+def test_sequence_core_matches_numpy_twin_on_either_kernel(min_tokens, rng, monkeypatch):
+    monkeypatch.setattr(ssa, "RECURRENT_CORE_MIN_TOKENS", min_tokens)
+    q, k, v = (_ternary(rng, (4, N, 8)) for _ in range(3))
+    np.testing.assert_array_equal(sequence_core(q, k, v), causal_core_numpy(q, k, v))
+
+
 def test_core_is_the_causal_sum_of_scaled_values(rng):
     q, k, v = (_ternary(rng, (1, 5, 8)) for _ in range(3))
     a = causal_core(q, k, v)
@@ -75,9 +89,11 @@ def _recurrent(u: np.ndarray, layer: SSAWeights, timesteps: int, cuts) -> tuple[
     return out, state
 
 
+@pytest.mark.parametrize("min_tokens", CORE_PATHS.values(), ids=CORE_PATHS.keys())
 @pytest.mark.parametrize("timesteps", [1, 2, 4])
 @pytest.mark.parametrize("binary", [False, True])
-def test_parallel_equals_recurrent_token_by_token(timesteps, binary):
+def test_parallel_equals_recurrent_token_by_token(timesteps, binary, min_tokens, monkeypatch):
+    monkeypatch.setattr(ssa, "RECURRENT_CORE_MIN_TOKENS", min_tokens)
     layer, _, u = _converted(timesteps, binary)
     parallel, _ = ssa_forward(u[0], layer, timesteps)
     recurrent, state = _recurrent(u[0], layer, timesteps, range(1, N))
@@ -97,10 +113,11 @@ def test_step_refuses_a_state_of_another_shape():
 
 @settings(max_examples=25, deadline=None)
 @given(cuts=st.sets(st.integers(1, N - 1), max_size=N - 1), timesteps=st.sampled_from([1, 2, 4]),
-       sequence=st.integers(0, 2))
-def test_parallel_equals_recurrent_for_any_chunking(cuts, timesteps, sequence):
+       sequence=st.integers(0, 2), min_tokens=st.sampled_from(list(CORE_PATHS.values())))
+def test_parallel_equals_recurrent_for_any_chunking(cuts, timesteps, sequence, min_tokens):
     layer, _, u = _converted(timesteps)
-    parallel, _ = ssa_forward(u[sequence], layer, timesteps)
+    with mock.patch.object(ssa, "RECURRENT_CORE_MIN_TOKENS", min_tokens):
+        parallel, _ = ssa_forward(u[sequence], layer, timesteps)
     recurrent, _ = _recurrent(u[sequence], layer, timesteps, sorted(cuts))
     np.testing.assert_array_equal(recurrent, parallel)
 
@@ -179,3 +196,29 @@ def test_weights_round_trip_through_tensors():
     for field in dataclasses.fields(SSAWeights):
         np.testing.assert_array_equal(getattr(restored, field.name), getattr(layer, field.name))
     np.testing.assert_array_equal(ssa_forward(u[1], restored, 2)[0], ssa_forward(u[1], layer, 2)[0])
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("w_proj_scaled", lambda t: t[:-1], "shape"),
+    ("b_qkv", lambda t: t[None], "shape"),
+    ("theta_k", lambda t: -t, "thresholds <= 0"),
+    ("theta_o", lambda t: np.where(np.arange(t.size) == 3, 0, t), "thresholds <= 0"),
+    ("alpha", lambda t: np.full_like(t, np.nan), "non-finite"),
+    ("w_qkv_scaled", lambda t: np.full_like(t, np.float64(1e39), dtype=np.float64), "non-finite"),
+    ("b_proj", lambda t: t.astype(np.int32), "dtype int32"),
+    ("binary", lambda t: np.array([2], np.uint8), r"holds 2, expected an integer in \[0, 1\]"),
+    ("binary", lambda t: np.array([1.0], np.float32), "one integer"),
+    ("theta_q", lambda t: np.ones(3, np.float32), "3 heads, which do not divide the width 16"),
+])
+def test_bad_tensors_are_named(name, bad, message):
+    tensors = _converted(2)[0].to_tensors("h.3.ssa.")
+    key = f"h.3.ssa.{name}"
+    with pytest.raises(ValueError, match=message) as error:
+        SSAWeights.from_tensors({**tensors, key: bad(tensors[key])}, "h.3.ssa.")
+    assert repr(key) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_missing_tensor_raises_key_error():
+    tensors = _converted(2)[0].to_tensors("h.3.ssa.")
+    with pytest.raises(KeyError, match="h.3.ssa.theta_v"):
+        SSAWeights.from_tensors({k: t for k, t in tensors.items() if k != "h.3.ssa.theta_v"}, "h.3.ssa.")

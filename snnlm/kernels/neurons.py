@@ -1,8 +1,9 @@
 """Multi-step neuron updates: fused Numba kernels and their vectorised NumPy twins.
 
-Each kernel runs the whole T loop inside, on one block of neurons at a time, in parallel over blocks:
-a block's state stays in L1 for all T steps and is never written back to memory, where the NumPy
-twin makes a handful of full-size temporaries per step.
+Each kernel runs the whole T loop inside, on one block of neurons at a time, in parallel over blocks
+(serially for calls below PARALLEL_MIN_NEURON_STEPS; both variants run the same block body): a block's
+state stays in L1 for all T steps and is never written back to memory, where the NumPy twin makes a
+handful of full-size temporaries per step.
 
 Expectation-compensating IF (EC-IF): with m[t] = m[t-1] + I[t],
 
@@ -94,82 +95,137 @@ def _emit(target, count, limit):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _block(chunk, blocks_per_row, channels):
-    """Row and channel range of one block of neurons."""
+def _blocks_per_row(channels):
+    return (channels + _BLOCK - 1) // _BLOCK
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _block(chunk, channels):
+    """Row and channel range of block number `chunk`, counted row by row."""
+    blocks_per_row = _blocks_per_row(channels)
     row = chunk // blocks_per_row
     c0 = (chunk % blocks_per_row) * _BLOCK
     return row, c0, min(c0 + _BLOCK, channels)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _n_blocks(spikes):
+    """Blocks of neurons, the work items, of spikes (T, M, C)."""
+    return spikes.shape[1] * _blocks_per_row(spikes.shape[2])
+
+
+# Below this many neuron-steps (T x neurons) a call runs the serial kernel. A parallel launch waits for
+# every worker thread, which on a loaded machine takes a scheduler time slice: with another process on
+# one of the 2 cores of the development machine, a parallel call on one decode token (T = 4, 3072
+# neurons) took 12 ms, the serial kernel 0.01 to 0.03 ms. A serial neuron-step took 1.8 to 2.1 ns
+# (GELU), 0.2 to 0.5 ns (identity, LIF), so at this threshold the serial kernel runs about 0.5 ms at
+# most: what it can lose on an idle machine. Decode (T x 3072 neurons up to T = 64) stays serial.
+PARALLEL_MIN_NEURON_STEPS = 1 << 18
+
+
+def _use_parallel(parallel: bool | None, neuron_steps: int) -> bool:
+    return neuron_steps >= PARALLEL_MIN_NEURON_STEPS if parallel is None else parallel
+
+
 # The kernels index 1-D slices rather than current[t, row, c0 + j]: with the computed index inside a
 # prange body, LLVM does not vectorise the inner loop (10x slower).
+@njit(cache=True, error_model="numpy", inline="always")
+def _ec_if_block(current, inverse_threshold, limit, activation_code, spikes, chunk):
+    """EC-IF over all T steps for one block of neurons; writes its spikes."""
+    n_steps, _, channels = current.shape
+    row, c0, c1 = _block(chunk, channels)
+    inverse = inverse_threshold[c0:c1]
+    integrated = np.zeros(c1 - c0, np.float64)
+    count = np.zeros(c1 - c0, np.float64)
+    mean = np.empty(c1 - c0, np.float64)
+    for t in range(n_steps):
+        steps = t + 1.0
+        drive = current[t, row, c0:c1]
+        out = spikes[t, row, c0:c1]
+        if activation_code == GELU:
+            # Three loops, not one: LLVM vectorises them better apart (measured 20% faster).
+            for j in range(c1 - c0):
+                integrated[j] += drive[j]
+                mean[j] = integrated[j] / steps
+            for j in range(c1 - c0):
+                mean[j] = _gelu(mean[j])
+            for j in range(c1 - c0):
+                s = _emit(steps * mean[j] * inverse[j], count[j], limit)
+                count[j] += s
+                out[j] = np.int8(s)
+        else:
+            for j in range(c1 - c0):
+                m = integrated[j] + drive[j]
+                integrated[j] = m
+                s = _emit(m * inverse[j], count[j], limit)
+                count[j] += s
+                out[j] = np.int8(s)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def ec_if_numba(current, threshold, burst, activation_code):
-    """EC-IF neurons over T steps. current (T, M, C) float32, threshold (C,) float64 -> spikes (T, M, C) int8."""
-    n_steps, rows, channels = current.shape
-    spikes = np.empty((n_steps, rows, channels), np.int8)
-    blocks_per_row = (channels + _BLOCK - 1) // _BLOCK
-    limit = float(burst)
-    inverse_threshold = 1.0 / threshold
-    for chunk in prange(rows * blocks_per_row):
-        row, c0, c1 = _block(chunk, blocks_per_row, channels)
-        inverse = inverse_threshold[c0:c1]
-        integrated = np.zeros(c1 - c0, np.float64)
-        count = np.zeros(c1 - c0, np.float64)
-        mean = np.empty(c1 - c0, np.float64)
-        for t in range(n_steps):
-            steps = t + 1.0
-            drive = current[t, row, c0:c1]
-            out = spikes[t, row, c0:c1]
-            if activation_code == GELU:
-                # Three loops, not one: LLVM vectorises them better apart (measured 20% faster).
-                for j in range(c1 - c0):
-                    integrated[j] += drive[j]
-                    mean[j] = integrated[j] / steps
-                for j in range(c1 - c0):
-                    mean[j] = _gelu(mean[j])
-                for j in range(c1 - c0):
-                    s = _emit(steps * mean[j] * inverse[j], count[j], limit)
-                    count[j] += s
-                    out[j] = np.int8(s)
-            else:
-                for j in range(c1 - c0):
-                    m = integrated[j] + drive[j]
-                    integrated[j] = m
-                    s = _emit(m * inverse[j], count[j], limit)
-                    count[j] += s
-                    out[j] = np.int8(s)
+def _ec_if_parallel(current, inverse_threshold, limit, activation_code, spikes):
+    for chunk in prange(_n_blocks(spikes)):
+        _ec_if_block(current, inverse_threshold, limit, activation_code, spikes, chunk)
+
+
+@njit(cache=True, error_model="numpy")
+def _ec_if_serial(current, inverse_threshold, limit, activation_code, spikes):
+    for chunk in range(_n_blocks(spikes)):
+        _ec_if_block(current, inverse_threshold, limit, activation_code, spikes, chunk)
+
+
+def ec_if_numba(current, threshold, burst, activation_code, parallel: bool | None = None):
+    """EC-IF neurons over T steps. current (T, M, C) float32, threshold (C,) float64 -> spikes (T, M, C) int8.
+
+    parallel: over blocks of neurons on all cores (True), on one (False), or by the amount of work (None)."""
+    spikes = np.empty(current.shape, np.int8)
+    kernel = _ec_if_parallel if _use_parallel(parallel, current.size) else _ec_if_serial
+    kernel(current, 1.0 / threshold, float(burst), activation_code, spikes)
     return spikes
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _ec_if_constant_block(x, inverse_threshold, limit, activation_code, spikes, chunk):
+    """EC-IF driven by x at every step, for one block of neurons; writes its spikes."""
+    n_steps, _, channels = spikes.shape
+    row, c0, c1 = _block(chunk, channels)
+    inverse = inverse_threshold[c0:c1]
+    drive = x[row, c0:c1]
+    value = np.empty(c1 - c0, np.float64)
+    if activation_code == GELU:
+        for j in range(c1 - c0):
+            value[j] = _gelu(np.float64(drive[j]))
+    else:
+        for j in range(c1 - c0):
+            value[j] = drive[j]
+    count = np.zeros(c1 - c0, np.float64)
+    for t in range(n_steps):
+        steps = t + 1.0
+        out = spikes[t, row, c0:c1]
+        for j in range(c1 - c0):
+            s = _emit(steps * value[j] * inverse[j], count[j], limit)
+            count[j] += s
+            out[j] = np.int8(s)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def ec_if_constant_numba(x, n_steps, threshold, burst, activation_code):
+def _ec_if_constant_parallel(x, inverse_threshold, limit, activation_code, spikes):
+    for chunk in prange(_n_blocks(spikes)):
+        _ec_if_constant_block(x, inverse_threshold, limit, activation_code, spikes, chunk)
+
+
+@njit(cache=True, error_model="numpy")
+def _ec_if_constant_serial(x, inverse_threshold, limit, activation_code, spikes):
+    for chunk in range(_n_blocks(spikes)):
+        _ec_if_constant_block(x, inverse_threshold, limit, activation_code, spikes, chunk)
+
+
+def ec_if_constant_numba(x, n_steps, threshold, burst, activation_code, parallel: bool | None = None):
     """EC-IF neurons driven by the same input at every step. x (M, C) float32, threshold (C,) float64
-    -> spikes (n_steps, M, C) int8; equal to `ec_if_numba` on x repeated n_steps times."""
-    rows, channels = x.shape
-    spikes = np.empty((n_steps, rows, channels), np.int8)
-    blocks_per_row = (channels + _BLOCK - 1) // _BLOCK
-    limit = float(burst)
-    inverse_threshold = 1.0 / threshold
-    for chunk in prange(rows * blocks_per_row):
-        row, c0, c1 = _block(chunk, blocks_per_row, channels)
-        inverse = inverse_threshold[c0:c1]
-        drive = x[row, c0:c1]
-        value = np.empty(c1 - c0, np.float64)
-        if activation_code == GELU:
-            for j in range(c1 - c0):
-                value[j] = _gelu(np.float64(drive[j]))
-        else:
-            for j in range(c1 - c0):
-                value[j] = drive[j]
-        count = np.zeros(c1 - c0, np.float64)
-        for t in range(n_steps):
-            steps = t + 1.0
-            out = spikes[t, row, c0:c1]
-            for j in range(c1 - c0):
-                s = _emit(steps * value[j] * inverse[j], count[j], limit)
-                count[j] += s
-                out[j] = np.int8(s)
+    -> spikes (n_steps, M, C) int8; equal to `ec_if_numba` on x repeated n_steps times. parallel as there."""
+    spikes = np.empty((n_steps, *x.shape), np.int8)
+    kernel = _ec_if_constant_parallel if _use_parallel(parallel, spikes.size) else _ec_if_constant_serial
+    kernel(x, 1.0 / threshold, float(burst), activation_code, spikes)
     return spikes
 
 
@@ -207,33 +263,49 @@ def ec_if_constant_numpy(x, n_steps, threshold, burst, activation_code):
     return spikes
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _lif_block(current, beta, threshold, reset_subtract, spikes, chunk):
+    """LIF over all T steps for one block of neurons; writes its spikes."""
+    n_steps, _, channels = current.shape
+    row, c0, c1 = _block(chunk, channels)
+    leak = beta[c0:c1]
+    theta = threshold[c0:c1]
+    membrane = np.zeros(c1 - c0, np.float32)
+    for t in range(n_steps):
+        drive = current[t, row, c0:c1]
+        out = spikes[t, row, c0:c1]
+        if reset_subtract:
+            for j in range(c1 - c0):
+                v = leak[j] * membrane[j] + drive[j]
+                fired = v >= theta[j]
+                membrane[j] = v - theta[j] if fired else v
+                out[j] = np.int8(fired)
+        else:
+            for j in range(c1 - c0):
+                v = leak[j] * membrane[j] + drive[j]
+                fired = v >= theta[j]
+                membrane[j] = np.float32(0.0) if fired else v
+                out[j] = np.int8(fired)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def lif_numba(current, beta, threshold, reset_subtract):
+def _lif_parallel(current, beta, threshold, reset_subtract, spikes):
+    for chunk in prange(_n_blocks(spikes)):
+        _lif_block(current, beta, threshold, reset_subtract, spikes, chunk)
+
+
+@njit(cache=True, error_model="numpy")
+def _lif_serial(current, beta, threshold, reset_subtract, spikes):
+    for chunk in range(_n_blocks(spikes)):
+        _lif_block(current, beta, threshold, reset_subtract, spikes, chunk)
+
+
+def lif_numba(current, beta, threshold, reset_subtract, parallel: bool | None = None):
     """LIF neurons over T steps. current (T, M, C), beta (C,), threshold (C,), all float32
-    -> spikes (T, M, C) int8 in {0, 1}."""
-    n_steps, rows, channels = current.shape
-    spikes = np.empty((n_steps, rows, channels), np.int8)
-    blocks_per_row = (channels + _BLOCK - 1) // _BLOCK
-    for chunk in prange(rows * blocks_per_row):
-        row, c0, c1 = _block(chunk, blocks_per_row, channels)
-        leak = beta[c0:c1]
-        theta = threshold[c0:c1]
-        membrane = np.zeros(c1 - c0, np.float32)
-        for t in range(n_steps):
-            drive = current[t, row, c0:c1]
-            out = spikes[t, row, c0:c1]
-            if reset_subtract:
-                for j in range(c1 - c0):
-                    v = leak[j] * membrane[j] + drive[j]
-                    fired = v >= theta[j]
-                    membrane[j] = v - theta[j] if fired else v
-                    out[j] = np.int8(fired)
-            else:
-                for j in range(c1 - c0):
-                    v = leak[j] * membrane[j] + drive[j]
-                    fired = v >= theta[j]
-                    membrane[j] = np.float32(0.0) if fired else v
-                    out[j] = np.int8(fired)
+    -> spikes (T, M, C) int8 in {0, 1}. parallel as in `ec_if_numba`."""
+    spikes = np.empty(current.shape, np.int8)
+    kernel = _lif_parallel if _use_parallel(parallel, current.size) else _lif_serial
+    kernel(current, beta, threshold, reset_subtract, spikes)
     return spikes
 
 

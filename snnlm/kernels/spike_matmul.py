@@ -3,7 +3,9 @@
 The event-driven kernel touches only the weight rows of the nonzero spikes and adds (or subtracts)
 them: an accumulate per synapse, no multiply. Its cost grows with the number of spikes, the dense BLAS
 product's does not, so `spike_matmul` switches to BLAS above a density crossover measured by
-`benchmarks/bench_neurons.py`.
+`benchmarks/bench_neurons.py`. Its two stages (listing the events, summing the weight rows) run on all
+cores, or on one below a size where a parallel launch costs more than it saves; the parallel and serial
+kernels share their loop bodies.
 """
 from __future__ import annotations
 
@@ -25,35 +27,75 @@ DECODE_ROWS = 8
 DECODE_CROSSOVER = 0.6
 PREFILL_CROSSOVER = 0.3
 
+# Below these sizes a stage of `spike_matmul_events` runs serially: a parallel launch waits for every
+# worker thread, which on a loaded machine takes a scheduler time slice (about 12 ms measured on the
+# 2-core development machine with another process on a core), while a decode product (R = 4, K = 768,
+# M = 3072, 30 % density) takes 0.17 ms on one core. Serially, listing the events took 1.6 to 2.6 ns per
+# spike slot (R K) and the sums 0.064 ns per accumulate (events x M), so at these thresholds each stage
+# runs about 0.5 ms at most: what it can lose on an idle machine.
+PARALLEL_MIN_SPIKES = 1 << 18
+PARALLEL_MIN_ACCUMULATES = 1 << 23
+
+
+@njit(cache=True, inline="always")
+def _count_events(spikes, n_add, n_sub, r):
+    """n_add[r], n_sub[r] = the sums of the positive and of the negative spikes' sizes in row r."""
+    for k in range(spikes.shape[1]):
+        s = spikes[r, k]
+        if s > 0:
+            n_add[r] += s
+        elif s < 0:
+            n_sub[r] -= s
+
+
+@njit(cache=True, inline="always")
+def _list_events(spikes, offsets, n_add, rows, r):
+    """Row r's weight rows to add, then those to subtract, into rows[offsets[r]:offsets[r + 1]]."""
+    add = offsets[r]
+    sub = add + n_add[r]
+    for k in range(spikes.shape[1]):
+        for _ in range(spikes[r, k]):
+            rows[add] = k
+            add += 1
+        for _ in range(-spikes[r, k]):
+            rows[sub] = k
+            sub += 1
+
+
+@njit(cache=True, inline="always")
+def _event_offsets(n_add, n_sub):
+    offsets = np.zeros(n_add.size + 1, np.int64)
+    offsets[1:] = np.cumsum(n_add + n_sub)
+    return offsets
+
 
 @njit(parallel=True, cache=True)
-def _events(spikes):
+def _events_parallel(spikes):
     """Per row, the weight rows to add and to subtract, each k repeated |s| times, in CSR form: row r's
     additions are rows[offsets[r]:offsets[r] + n_add[r]], its subtractions the rest up to offsets[r + 1].
     spikes (R, K) int8 -> offsets (R + 1,) int64, n_add (R,) int64, rows (Σ|s|,) int32."""
-    n_rows, n_cols = spikes.shape
-    n_add = np.zeros(n_rows, np.int64)
-    n_sub = np.zeros(n_rows, np.int64)
-    for r in prange(n_rows):
-        for k in range(n_cols):
-            s = spikes[r, k]
-            if s > 0:
-                n_add[r] += s
-            elif s < 0:
-                n_sub[r] -= s
-    offsets = np.zeros(n_rows + 1, np.int64)
-    offsets[1:] = np.cumsum(n_add + n_sub)
+    n_add = np.zeros(spikes.shape[0], np.int64)
+    n_sub = np.zeros(spikes.shape[0], np.int64)
+    for r in prange(spikes.shape[0]):
+        _count_events(spikes, n_add, n_sub, r)
+    offsets = _event_offsets(n_add, n_sub)
     rows = np.empty(offsets[-1], np.int32)
-    for r in prange(n_rows):
-        add = offsets[r]
-        sub = add + n_add[r]
-        for k in range(n_cols):
-            for _ in range(spikes[r, k]):
-                rows[add] = k
-                add += 1
-            for _ in range(-spikes[r, k]):
-                rows[sub] = k
-                sub += 1
+    for r in prange(spikes.shape[0]):
+        _list_events(spikes, offsets, n_add, rows, r)
+    return offsets, n_add, rows
+
+
+@njit(cache=True)
+def _events_serial(spikes):
+    """`_events_parallel` on one core."""
+    n_add = np.zeros(spikes.shape[0], np.int64)
+    n_sub = np.zeros(spikes.shape[0], np.int64)
+    for r in range(spikes.shape[0]):
+        _count_events(spikes, n_add, n_sub, r)
+    offsets = _event_offsets(n_add, n_sub)
+    rows = np.empty(offsets[-1], np.int32)
+    for r in range(spikes.shape[0]):
+        _list_events(spikes, offsets, n_add, rows, r)
     return offsets, n_add, rows
 
 
@@ -86,24 +128,48 @@ def _accumulate(acc, weight, rows, j0, j1, subtract):
                 acc[j] += w0[j]
 
 
-@njit(parallel=True, cache=True)
-def spike_matmul_events(spikes, weight):
-    """Event-driven spikes @ weight: each spike s adds weight row k |s| times (subtracts it if s < 0).
-    spikes (R, K) int8, weight (K, M) float32 -> (R, M) float32."""
-    n_rows = spikes.shape[0]
-    n_out = weight.shape[1]
-    offsets, n_add, rows = _events(spikes)
-    out = np.zeros((n_rows, n_out), np.float32)
+@njit(cache=True, inline="always")
+def _tile(weight, offsets, n_add, rows, out, tile):
+    """One output tile: rows r0..r0 + _ROW_TILE of out, columns j0..j0 + _COL_TILE."""
+    n_rows, n_out = out.shape
     row_tiles = (n_rows + _ROW_TILE - 1) // _ROW_TILE
-    col_tiles = (n_out + _COL_TILE - 1) // _COL_TILE
-    for tile in prange(row_tiles * col_tiles):
-        j0 = (tile // row_tiles) * _COL_TILE
-        j1 = min(j0 + _COL_TILE, n_out)
-        r0 = (tile % row_tiles) * _ROW_TILE
-        for r in range(r0, min(r0 + _ROW_TILE, n_rows)):
-            mid = offsets[r] + n_add[r]
-            _accumulate(out[r, j0:j1], weight, rows[offsets[r]:mid], j0, j1, False)
-            _accumulate(out[r, j0:j1], weight, rows[mid:offsets[r + 1]], j0, j1, True)
+    j0 = (tile // row_tiles) * _COL_TILE
+    j1 = min(j0 + _COL_TILE, n_out)
+    r0 = (tile % row_tiles) * _ROW_TILE
+    for r in range(r0, min(r0 + _ROW_TILE, n_rows)):
+        mid = offsets[r] + n_add[r]
+        _accumulate(out[r, j0:j1], weight, rows[offsets[r]:mid], j0, j1, False)
+        _accumulate(out[r, j0:j1], weight, rows[mid:offsets[r + 1]], j0, j1, True)
+
+
+@njit(cache=True, inline="always")
+def _n_tiles(out):
+    return ((out.shape[0] + _ROW_TILE - 1) // _ROW_TILE) * ((out.shape[1] + _COL_TILE - 1) // _COL_TILE)
+
+
+@njit(parallel=True, cache=True)
+def _accumulate_parallel(weight, offsets, n_add, rows, out):
+    for tile in prange(_n_tiles(out)):
+        _tile(weight, offsets, n_add, rows, out, tile)
+
+
+@njit(cache=True)
+def _accumulate_serial(weight, offsets, n_add, rows, out):
+    for tile in range(_n_tiles(out)):
+        _tile(weight, offsets, n_add, rows, out, tile)
+
+
+def spike_matmul_events(spikes: np.ndarray, weight: np.ndarray, parallel: bool | None = None) -> np.ndarray:
+    """Event-driven spikes @ weight: each spike s adds weight row k |s| times (subtracts it if s < 0).
+    spikes (R, K) int8, weight (K, M) float32 -> (R, M) float32.
+
+    parallel: on all cores (True), on one (False), or by the amount of work (None): the event lists by
+    the number of spike slots R K, the sums by the number of accumulates (events x M)."""
+    serial_lists = spikes.size < PARALLEL_MIN_SPIKES if parallel is None else not parallel
+    offsets, n_add, rows = (_events_serial if serial_lists else _events_parallel)(spikes)
+    out = np.zeros((spikes.shape[0], weight.shape[1]), np.float32)
+    serial_sums = rows.size * out.shape[1] < PARALLEL_MIN_ACCUMULATES if parallel is None else not parallel
+    (_accumulate_serial if serial_sums else _accumulate_parallel)(weight, offsets, n_add, rows, out)
     return out
 
 
