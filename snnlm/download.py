@@ -6,7 +6,6 @@ files the hub stores in Git LFS, against the sha256 it sends as the ETag; only t
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from snnlm.errors import SnnlmError, cli_main
+from snnlm.errors import ArgumentParser, SnnlmError, cli_main
 
 REPOS = {
     "gpt2": "openai-community/gpt2",
@@ -218,7 +217,7 @@ def _sha256_of(path: Path) -> str:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: download a checkpoint and say how to run it."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m snnlm.download",
         description="Download a pretrained GPT-2 checkpoint and its tokenizer from the Hugging Face hub. "
                     "Interrupted downloads resume when run again.")

@@ -1,6 +1,7 @@
 """The one exception type that the command-line tools turn into a one-line message and exit status 2."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from typing import Callable
@@ -28,3 +29,10 @@ def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[s
             return 0
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are SnnlmErrors, so that `cli_main` reports them on one line, exit status 2."""
+
+    def error(self, message: str):
+        raise SnnlmError(f"{message} (see {self.prog} --help)")

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from snnlm.errors import SnnlmError, cli_main
+from snnlm.errors import ArgumentParser, SnnlmError, cli_main
 from snnlm.gpt2 import ANNDecoder
 from snnlm.sampling import next_token
 from snnlm.snn import SNNDecoder, SpikingGPT2, convert, load_snn
@@ -55,7 +55,7 @@ def generate(model: GPT2Model | SpikingGPT2, tokenizer, prompt: str = "", max_ne
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m snnlm.generate",
         description="Generate text with GPT-2. ANN mode runs the ordinary transformer, with a KV cache; "
                     "SNN mode runs its spiking version (loaded from --snn, or converted from --weights on the fly), "

@@ -22,7 +22,7 @@ from tqdm import tqdm
 import snnlm
 from snnlm.config import GPT2Config
 from snnlm.data import eval_window_starts, iter_eval_batches, load_token_splits, sample_batch, token_fingerprint
-from snnlm.errors import SnnlmError, cli_main
+from snnlm.errors import ArgumentParser, SnnlmError, cli_main
 from snnlm.fileio import atomic_write_bytes, atomic_write_text
 from snnlm.gpt2_train import loss_and_grads
 from snnlm.optim import AdamW, clip_grad_norm, cosine_lr
@@ -75,7 +75,7 @@ class Checkpoint:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m snnlm.pretrain`."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m snnlm.pretrain",
         description="Train a GPT-2-architecture model from scratch on text files (NumPy, CPU). "
                     "Writes OUT/checkpoint.safetensors while it runs, OUT/log.jsonl, and at the end a "

@@ -220,7 +220,7 @@ def test_sigterm_to_a_running_process_leaves_a_valid_checkpoint(corpus, tmp_path
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300  # a ceiling for a loaded machine, not a timing test
             while not ((out / LOG_FILE).exists() and len((out / LOG_FILE).read_text().splitlines()) >= 3):
                 assert process.poll() is None, stderr_path.read_text()
                 assert time.monotonic() < deadline, "the run made no progress"
@@ -248,11 +248,10 @@ def test_too_little_text_for_seq_len(corpus, tmp_path, capsys):
     assert "validation split has" in last_error_line(capsys)
 
 
-def test_bad_flags_exit_2_with_usage(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--out", str(tmp_path), "--n-ctx", "32", "--seq-len", "64"])
-    assert exc.value.code == 2
-    assert "--seq-len 64 exceeds --n-ctx 32" in capsys.readouterr().err
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--n-ctx", "32", "--seq-len", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--seq-len 64 exceeds --n-ctx 32" in err and err.count("\n") == 1
 
 
 def test_help_documents_every_flag():
