@@ -56,22 +56,6 @@ FULL = Sizes(4, (128, 3072), 768, 3072, (1, 4, 512), (0.01, 0.02, 0.05, 0.1, 0.2
 QUICK = Sizes(4, (16, 768), 768, 3072, (1, 64), (0.01, 0.05, 0.2), weight_pool_bytes=32 * 2**20, repeats=3)
 
 
-def ec_if_numpy_library_tanh(current: np.ndarray, threshold: np.ndarray, burst: int) -> np.ndarray:
-    """EC-IF GELU neurons as one would write them in NumPy, with NumPy's own (SIMD) tanh: the baseline
-    that the twin's portable tanh would otherwise flatter. current (T, M, C) -> spikes (T, M, C) int8."""
-    inverse_threshold = 1.0 / threshold
-    integrated = np.zeros(current.shape[1:], np.float64)
-    count = np.zeros(current.shape[1:], np.float64)
-    spikes = np.empty(current.shape, np.int8)
-    for t in range(current.shape[0]):
-        integrated += current[t]
-        steps = t + 1.0
-        s = np.clip(np.rint(steps * ann_gelu.gelu(integrated / steps) * inverse_threshold) - count, -burst, burst)
-        count += s
-        spikes[t] = s
-    return spikes
-
-
 def _single_thread(fn: Callable[[], object]) -> Callable[[], object]:
     def run():
         threads = numba.get_num_threads()
@@ -103,7 +87,7 @@ def bench_ec_if(sizes: Sizes, rng) -> tuple[dict, list[list[object]]]:
                          "speedup_over_twin": twin.median / fused.median}
         table.append(_row(f"EC-IF {name}, NumPy twin", twin, neuron_steps, None))
         if code == GELU:
-            library = time_call(lambda: ec_if_numpy_library_tanh(current, threshold, 1), repeats=sizes.repeats)
+            library = time_call(lambda: ec_if_numpy(current, threshold, 1, GELU, gelu=ann_gelu.gelu), repeats=sizes.repeats)
             results[name]["numpy_library_tanh"] = library.to_json()
             results[name]["speedup_over_library_tanh"] = library.median / fused.median
             table.append(_row("EC-IF gelu, NumPy with np.tanh", library, neuron_steps, None))

@@ -229,8 +229,12 @@ def ec_if_constant_numba(x, n_steps, threshold, burst, activation_code, parallel
     return spikes
 
 
-def ec_if_numpy(current, threshold, burst, activation_code):
-    """NumPy twin of `ec_if_numba`: the same arithmetic, vectorised over neurons, looping over t."""
+def ec_if_numpy(current, threshold, burst, activation_code, gelu=None):
+    """NumPy twin of `ec_if_numba`: the same arithmetic, vectorised over neurons, looping over t.
+
+    `gelu` replaces the kernel's portable GELU (e.g. by one on NumPy's SIMD tanh, for benchmarks);
+    the default reproduces the kernel bit for bit."""
+    gelu = gelu or gelu_numpy
     inverse_threshold = 1.0 / threshold
     integrated = np.zeros(current.shape[1:], np.float64)
     count = np.zeros(current.shape[1:], np.float64)
@@ -239,7 +243,7 @@ def ec_if_numpy(current, threshold, burst, activation_code):
         integrated += current[t]
         steps = t + 1.0
         if activation_code == GELU:
-            target = steps * gelu_numpy(integrated / steps) * inverse_threshold
+            target = steps * gelu(integrated / steps) * inverse_threshold
         else:
             target = integrated * inverse_threshold
         s = np.clip(np.rint(target) - count, -burst, burst)
