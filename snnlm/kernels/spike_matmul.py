@@ -20,12 +20,12 @@ _ROW_TILE = 16
 _COL_TILE = 512
 
 # Fraction of nonzero spikes above which dense BLAS is faster, measured by benchmarks/bench_neurons.py
-# (K = 768, M = 3072, weights read from memory; one thread each, on the 2-core development machine,
-# two runs): prefill, R = 512 rows: 30 % and 32 %; decode, R = 1 and 4 rows: between 62 % and 100 %
-# (the two paths are within 30 % of each other above 50 %). Decode is R <= DECODE_ROWS.
+# (K = 768, M = 3072, weights read from memory, 2-core development machine). Both threads, quiet
+# machine: prefill (R = 512 rows) 12 %, decode (R = 1 and 4 rows) 56 % and 47 %. One thread each,
+# loaded machine: prefill 30-32 %, decode 62-100 %. Decode is R <= DECODE_ROWS.
 DECODE_ROWS = 8
-DECODE_CROSSOVER = 0.6
-PREFILL_CROSSOVER = 0.3
+DECODE_CROSSOVER = 0.5
+PREFILL_CROSSOVER = 0.12
 
 # Below these sizes a stage of `spike_matmul_events` runs serially: a parallel launch waits for every
 # worker thread, which on a loaded machine takes a scheduler time slice (about 12 ms measured on the
