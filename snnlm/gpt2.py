@@ -11,7 +11,9 @@ import math
 import numpy as np
 
 from snnlm.config import GPT2Config
-from snnlm.layers import causal_mask, gelu_forward, layernorm_forward, merge_heads, softmax, split_heads
+from snnlm.layers import (
+    causal_mask, gelu_forward, layernorm_forward, linear_forward, merge_heads, softmax, split_heads,
+)
 
 
 @dataclasses.dataclass
@@ -35,7 +37,7 @@ def layer_norm(x: np.ndarray, ln: dict, eps: float) -> np.ndarray:
 
 def linear(x: np.ndarray, lin: dict) -> np.ndarray:
     """x (N, n_in) -> (N, n_out)."""
-    return x @ lin["w"] + lin["b"]
+    return linear_forward(x, lin["w"], lin["b"])[0]
 
 
 def mlp(x: np.ndarray, p: dict) -> np.ndarray:
